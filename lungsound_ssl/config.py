@@ -73,6 +73,8 @@ def parse_config(dataclass_types, args: list[str] | None = None):
 
     outputs = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     *instances, remaining = outputs
+    # The parser returns an extra Namespace for --config, which is not a dataclass field.
+    instances = [inst for inst in instances if not isinstance(inst, argparse.Namespace)]
     if remaining:
         raise ValueError(f"unknown command-line argument(s): {' '.join(remaining)}; run with --help")
     return tuple(instances)

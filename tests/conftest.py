@@ -40,3 +40,17 @@ def icbhi_annotations_dir() -> Path:
 def sprsound_dir() -> Path:
     """SPRSound 2022 recordings with JSON event annotations."""
     return _require(SHARED_DATA / "sprsound-subset")
+
+
+@pytest.fixture(scope="session")
+def clip_cache_dir(tmp_path_factory) -> Path:
+    """One decoded-audio cache for the whole session, so real data is decoded once."""
+    return tmp_path_factory.mktemp("clip_cache")
+
+
+@pytest.fixture(scope="session")
+def icbhi_table(icbhi_cycles_dir, clip_cache_dir):
+    """The real ICBHI cycles loaded and cleaned: ``(ClipTable, report)``."""
+    from lungsound_ssl.data import DataConfig, load_clips
+
+    return load_clips(DataConfig(data_dir=str(icbhi_cycles_dir), cache_dir=str(clip_cache_dir)))
