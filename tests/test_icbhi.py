@@ -95,7 +95,9 @@ def test_read_cycles_fit_in_audio(icbhi_records):
     for record in icbhi_records:
         if record.exclusion is None and record.path not in durations_s:
             durations_s[record.path] = soundfile.info(record.path).duration
-    late = [r.clip_id for r in icbhi_records if r.exclusion is None and r.end_s > durations_s[r.path]]
+    late = [
+        r.clip_id for r in icbhi_records if r.exclusion is None and r.end_s > durations_s[r.path]
+    ]
     assert late == []
 
 
@@ -172,7 +174,9 @@ def test_read_audio_without_annotation_unlabelled(tmp_path):
 def test_read_rejects_duplicate_recordings(tmp_path):
     write_recording(tmp_path / "a", "150_1b2_Al_sc_AKGC417L", "0.1 1.0 0 1\n")
     write_recording(tmp_path / "b", "150_1b2_Al_sc_AKGC417L", "0.1 1.0 0 1\n")
-    with pytest.raises(ValueError, match="two annotation files for recording 150_1b2_Al_sc_AKGC417L"):
+    with pytest.raises(
+        ValueError, match="two annotation files for recording 150_1b2_Al_sc_AKGC417L"
+    ):
         read_icbhi(tmp_path)
 
 

@@ -8,13 +8,19 @@ import numpy as np
 import pytest
 import soundfile
 
-from lungsound_ssl.data.records import FILE_MISSING, POOR_QUALITY, UNREADABLE, ClipRecord
 from lungsound_ssl.data.recordings import crop_recordings, crop_starts_s
+from lungsound_ssl.data.records import (
+    FILE_MISSING,
+    POOR_QUALITY,
+    UNKNOWN_LABEL,
+    UNREADABLE,
+    ClipRecord,
+)
 from lungsound_ssl.data.sprsound import PRETRAIN_ALLOWED, read_sprsound
 
 
 def write_wav(path: Path, seconds: float, sample_rate_hz: int = 4000) -> Path:
-    frames = int(round(seconds * sample_rate_hz))
+    frames = round(seconds * sample_rate_hz)
     soundfile.write(path, np.zeros(frames, dtype=np.int16), sample_rate_hz)
     return path
 
@@ -59,13 +65,30 @@ def test_crop_records_shared_attributes(tmp_path):
     path = write_wav(tmp_path / "101_1b1_Al_sc_Meditron.wav", seconds=4.0)
     common = {"patient_id": "101", "recording_id": "101_1b1_Al_sc_Meditron", "device": "Meditron"}
     records = [
-        ClipRecord(f"{path.name}#{i}", path, i - 1.0, float(i), (1, 0, 0), None, {**common, "cycle_index": str(i)})
+        ClipRecord(
+            f"{path.name}#{i}",
+            path,
+            i - 1.0,
+            float(i),
+            (1, 0, 0),
+            None,
+            {**common, "cycle_index": str(i)},
+        )
         for i in (1, 2, 3)
     ]
     crops = crop_recordings(records, crop_seconds=2.0, hop_seconds=1.0)
     assert [crop.clip_id for crop in crops] == [f"{path.name}@{ms}" for ms in (0, 1000, 2000)]
     assert crops[0].attributes == common
     assert crops[0].exclusion is None
+
+
+def test_crop_single_clip_attributes_dropped(tmp_path):
+    path = write_wav(tmp_path / "41064945_5.0_1_p2_2533.wav", seconds=3.0)
+    attributes = {"patient_id": "41064945", "event_type": "Squawk", "exclusion_detail": "no label"}
+    record = ClipRecord(f"{path.name}#1", path, 0.5, 1.0, None, UNKNOWN_LABEL, attributes)
+    crops = crop_recordings([record], crop_seconds=2.0, hop_seconds=1.0)
+    assert crops[0].attributes == {"patient_id": "41064945", "recording_id": path.stem}
+    assert {crop.exclusion for crop in crops} == {None}
 
 
 def test_crop_missing_and_unreadable_files(tmp_path):

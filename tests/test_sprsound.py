@@ -221,13 +221,22 @@ def test_other_json_files_ignored(tmp_path):
         ({"event_annotation": []}, "has no 'record_annotation'"),
         ({"record_annotation": "Normal"}, "has no 'event_annotation'"),
         ({"record_annotation": "Normal", "event_annotation": {}}, "must be a list"),
-        ({"record_annotation": "DAS", "event_annotation": [{"start": "0", "end": "5"}]}, "no 'type'"),
         (
-            {"record_annotation": "DAS", "event_annotation": [{"start": "a", "end": "5", "type": "Normal"}]},
+            {"record_annotation": "DAS", "event_annotation": [{"start": "0", "end": "5"}]},
+            "no 'type'",
+        ),
+        (
+            {
+                "record_annotation": "DAS",
+                "event_annotation": [{"start": "a", "end": "5", "type": "Normal"}],
+            },
             "must be a number of milliseconds",
         ),
         (
-            {"record_annotation": "DAS", "event_annotation": [{"start": "9", "end": "5", "type": "Normal"}]},
+            {
+                "record_annotation": "DAS",
+                "event_annotation": [{"start": "9", "end": "5", "type": "Normal"}],
+            },
             "is not after start",
         ),
     ],
