@@ -39,7 +39,7 @@ def make_global_batch() -> dict[str, torch.Tensor]:
 
 
 def row_ranges(world_size: int, uneven: bool) -> list[tuple[int, int]]:
-    """Split GLOBAL_ROWS into one contiguous range per rank; uneven gives rank 0 one row more."""
+    """Split GLOBAL_ROWS into one contiguous range per rank, equal or (uneven, two ranks) 5 and 3 rows."""
     if not uneven:
         size = GLOBAL_ROWS // world_size
         return [(rank * size, (rank + 1) * size) for rank in range(world_size)]
@@ -59,7 +59,9 @@ class ContrastiveModel(nn.Module):
         return self.loss(self.head(x_a), self.head(x_b))
 
 
-def leaf_slices(batch: dict[str, torch.Tensor], start: int, stop: int, *names: str) -> list[torch.Tensor]:
+def leaf_slices(
+    batch: dict[str, torch.Tensor], start: int, stop: int, *names: str
+) -> list[torch.Tensor]:
     return [batch[name][start:stop].clone().requires_grad_(True) for name in names]
 
 
@@ -77,7 +79,12 @@ def main() -> None:
         loss = NTXentLoss(temperature=TEMPERATURE)(z_a, z_b)
         loss.backward()
         key = "ntxent_uneven" if uneven else "ntxent"
-        results[key] = {"loss": loss.item(), "grad_a": z_a.grad, "grad_b": z_b.grad, "rows": (start, stop)}
+        results[key] = {
+            "loss": loss.item(),
+            "grad_a": z_a.grad,
+            "grad_b": z_b.grad,
+            "rows": (start, stop),
+        }
 
     # COLA: loss value and input gradients.
     start, stop = row_ranges(world_size, uneven=False)[rank]
@@ -87,7 +94,12 @@ def main() -> None:
         cola.bilinear.copy_(batch["bilinear"])
     loss = cola(z_a, z_b)
     loss.backward()
-    results["cola"] = {"loss": loss.item(), "grad_a": z_a.grad, "grad_b": z_b.grad, "rows": (start, stop)}
+    results["cola"] = {
+        "loss": loss.item(),
+        "grad_a": z_a.grad,
+        "grad_b": z_b.grad,
+        "rows": (start, stop),
+    }
 
     # A model wrapped by accelerate (DistributedDataParallel): parameter gradients.
     torch.manual_seed(SEED)

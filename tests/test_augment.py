@@ -39,12 +39,16 @@ DISABLED_MODULES = {
 AUGMENTATION_FLAGS = ("gain_enabled", "noise_enabled", "shift_enabled", "mix_enabled")
 
 
-def make_waveforms(batch: int = 4, samples: int = 2000, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+def make_waveforms(
+    batch: int = 4, samples: int = 2000, dtype=torch.float32, seed: int = 0
+) -> torch.Tensor:
     """Sine tones of different pitch plus a little noise, so clips differ from one another."""
     generator = torch.Generator().manual_seed(seed)
     time = torch.arange(samples, dtype=torch.float64) / 4000.0
     pitches = 100.0 + 50.0 * torch.arange(batch, dtype=torch.float64)[:, None]
-    tones = torch.sin(2 * math.pi * pitches * time) + 0.05 * torch.randn(batch, samples, generator=generator)
+    tones = torch.sin(2 * math.pi * pitches * time) + 0.05 * torch.randn(
+        batch, samples, generator=generator
+    )
     return tones.to(dtype)
 
 
@@ -85,7 +89,9 @@ def test_waveform_deterministic_for_seed(name):
 def test_waveform_differs_between_seeds(name):
     module = WAVEFORM_MODULES[name]()
     waveforms = make_waveforms()
-    assert not torch.equal(module(waveforms, generator=seeded(1)), module(waveforms, generator=seeded(2)))
+    assert not torch.equal(
+        module(waveforms, generator=seeded(1)), module(waveforms, generator=seeded(2))
+    )
 
 
 @pytest.mark.parametrize("name", WAVEFORM_MODULES)
@@ -158,7 +164,9 @@ def test_noise_hits_requested_snr(color, target_db):
     # Tolerance 0.01 dB: the noise is rescaled to the exact power, so only
     # float32 rounding separates the measured SNR from the target.
     waveforms = make_waveforms(batch=8)
-    output = AddNoise(target_db, target_db, color=color, probability=1.0)(waveforms, generator=seeded(0))
+    output = AddNoise(target_db, target_db, color=color, probability=1.0)(
+        waveforms, generator=seeded(0)
+    )
     measured = snr_db(waveforms, output)
     assert (measured - target_db).abs().max().item() < 0.01
 
@@ -223,7 +231,9 @@ def test_shift_is_circular_roll_within_limit():
 
 def test_shift_zero_fraction_is_identity():
     waveforms = make_waveforms()
-    assert torch.equal(TimeShift(max_fraction=0.0, probability=1.0)(waveforms, generator=seeded(0)), waveforms)
+    assert torch.equal(
+        TimeShift(max_fraction=0.0, probability=1.0)(waveforms, generator=seeded(0)), waveforms
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +242,7 @@ def test_shift_zero_fraction_is_identity():
 
 
 def test_mix_adds_one_other_clip_at_low_ratio():
-    # Clip i is 1 on samples [10 i, 10 i + 10) and 0 elsewhere; all clips have
+    # Clip i is 1 on samples [10 i, 10 i + 10) and 0 elsewhere. All clips have
     # the same RMS, so the output is (1 - r) x_i + r x_j for one partner j.
     batch = 6
     waveforms = torch.zeros(batch, 10 * batch, dtype=torch.float64)
@@ -262,7 +272,9 @@ def test_mix_matches_partner_rms():
 
 def test_mix_single_clip_unchanged():
     waveforms = make_waveforms(batch=1)
-    assert torch.equal(MixWithOther(0.1, 0.2, probability=1.0)(waveforms, generator=seeded(0)), waveforms)
+    assert torch.equal(
+        MixWithOther(0.1, 0.2, probability=1.0)(waveforms, generator=seeded(0)), waveforms
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -270,7 +282,9 @@ def test_mix_single_clip_unchanged():
 # ---------------------------------------------------------------------------
 
 
-def make_features(batch: int = 4, frames: int = 50, bins: int = 16, dtype=torch.float32) -> torch.Tensor:
+def make_features(
+    batch: int = 4, frames: int = 50, bins: int = 16, dtype=torch.float32
+) -> torch.Tensor:
     return torch.randn(batch, frames, bins, generator=seeded(5)).to(dtype) + 3.0
 
 
@@ -290,7 +304,9 @@ def test_specaugment_deterministic_for_seed():
 
 def test_specaugment_changes_every_clip():
     features = make_features()
-    output = SpecAugment(time_mask_count=2, time_mask_max_frames=10, probability=1.0)(features, generator=seeded(0))
+    output = SpecAugment(time_mask_count=2, time_mask_max_frames=10, probability=1.0)(
+        features, generator=seeded(0)
+    )
     assert (output != features).flatten(1).any(dim=1).all()
 
 
@@ -309,7 +325,9 @@ def test_specaugment_masks_are_bands_within_limits():
     # With time masks only, masked cells form whole frames: at most 2 bands of
     # at most 5 frames each, filled with the clip's mean.
     features = make_features(batch=16)
-    module = SpecAugment(time_mask_count=2, time_mask_max_frames=5, freq_mask_count=0, probability=1.0)
+    module = SpecAugment(
+        time_mask_count=2, time_mask_max_frames=5, freq_mask_count=0, probability=1.0
+    )
     output = module(features, generator=seeded(0))
     changed = output != features
     masked_frames = changed.any(dim=2)  # (B, T, F) -> (B, T)
@@ -321,7 +339,9 @@ def test_specaugment_masks_are_bands_within_limits():
 
 def test_specaugment_zero_fill():
     features = make_features()
-    module = SpecAugment(time_mask_count=0, freq_mask_count=1, freq_mask_max_bins=4, probability=1.0, fill="zero")
+    module = SpecAugment(
+        time_mask_count=0, freq_mask_count=1, freq_mask_max_bins=4, probability=1.0, fill="zero"
+    )
     output = module(features, generator=seeded(0))
     changed = output != features
     assert changed.any()
@@ -388,7 +408,12 @@ def test_augmenter_master_switch_off_is_identity():
 @pytest.mark.parametrize("flag", AUGMENTATION_FLAGS)
 def test_augmenter_single_flag(flag):
     all_off = {name: False for name in AUGMENTATION_FLAGS}
-    always = {"gain_probability": 1.0, "noise_probability": 1.0, "shift_probability": 1.0, "mix_probability": 1.0}
+    always = {
+        "gain_probability": 1.0,
+        "noise_probability": 1.0,
+        "shift_probability": 1.0,
+        "mix_probability": 1.0,
+    }
     waveforms = make_waveforms()
 
     disabled = WaveformAugmenter(AugmentConfig(**all_off, **always))
@@ -401,7 +426,9 @@ def test_augmenter_single_flag(flag):
 def test_augmenter_deterministic_for_seed():
     waveforms = make_waveforms()
     augmenter = WaveformAugmenter(AugmentConfig())
-    assert torch.equal(augmenter(waveforms, generator=seeded(21)), augmenter(waveforms, generator=seeded(21)))
+    assert torch.equal(
+        augmenter(waveforms, generator=seeded(21)), augmenter(waveforms, generator=seeded(21))
+    )
 
 
 def test_specaugment_from_config_respects_switch():

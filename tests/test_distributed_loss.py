@@ -45,9 +45,14 @@ def free_port() -> int:
 def rank_results(tmp_path_factory) -> list[dict]:
     """Run the worker on NUM_PROCESSES CPU processes and load what each rank saved."""
     output_dir = tmp_path_factory.mktemp("dist_loss")
+
+    # NOTE: `accelerate launch --cpu --num_processes 2` starts a single process in
+    # accelerate 1.16, because its multi-CPU launch needs mpirun and a hostfile.
+    # `--multi_gpu` launches through torchrun instead, and ACCELERATE_USE_CPU plus
+    # Accelerator(cpu=True) in the worker keep both processes on the CPU (gloo).
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",
         "--num_processes", str(NUM_PROCESSES),
         "--num_machines", "1",
         "--mixed_precision", "no",
@@ -58,16 +63,28 @@ def rank_results(tmp_path_factory) -> list[dict]:
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    # One thread per process: the processes share the machine's cores.
+    env["ACCELERATE_USE_CPU"] = "true"
+    # One thread per process, because the processes share the machine's cores.
     env["OMP_NUM_THREADS"] = "1"
-    completed = subprocess.run(
-        command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
-    )
+
+    try:
+        completed = subprocess.run(
+            command,
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=LAUNCH_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"accelerate launch timed out after {LAUNCH_TIMEOUT_S} s: {' '.join(command)}")
     if completed.returncode != 0:
         pytest.fail(
             f"accelerate launch failed with exit code {completed.returncode}:\n"
             f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
         )
+
     return [torch.load(output_dir / f"rank{rank}.pt") for rank in range(NUM_PROCESSES)]
 
 
