@@ -133,6 +133,10 @@ def write_output(rows: list[dict], output: str | None) -> None:
         return
     columns = ["filename", *[f"prob_{x}" for x in LABELS], *[f"pred_{x}" for x in LABELS], "labels", "error"]
     frame = pd.DataFrame(rows, columns=columns)
+    # Nullable integers, so rows of files that failed to decode leave the label columns empty
+    # instead of turning every label into a float.
+    for label in LABELS:
+        frame[f"pred_{label}"] = frame[f"pred_{label}"].astype("Int64")
     frame.to_csv(output if output else sys.stdout, index=False)
 
 
