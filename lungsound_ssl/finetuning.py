@@ -166,7 +166,7 @@ class FinetuneTrainer(Trainer):
 
     # transformers 5 renames backbone weights between the saved checkpoint format and the module
     # names. Its generic checkpoint loaders only know the renames of the top-level model type, so
-    # they would leave the nested AST weights unloaded; from_pretrained applies the renames.
+    # they would leave the nested AST weights unloaded. from_pretrained applies the renames.
     def _load_weights(self, checkpoint_dir: str, model=None) -> None:
         model = self.model if model is None else model
         loaded = type(model).from_pretrained(checkpoint_dir)

@@ -9,7 +9,7 @@ clip-level folds, which leak whenever several clips come from one recording.
 
 The assignment is written to ``folds.csv`` (``filename,group,fold,group_source``)
 so every run of an experiment can reuse it with ``--folds_file``. Fold ``k``
-is the held-out test fold; inside the other folds a grouped inner validation
+is the held-out test fold. Inside the other folds, a grouped inner validation
 split is used for early stopping and threshold tuning, so the held-out fold
 never influences model selection.
 """
@@ -39,7 +39,7 @@ OFFICIAL_TRAIN_FOLD = 1
 
 @dataclass
 class FoldConfig:
-    """How clips are split into cross-validation folds."""
+    """Cross-validation split options."""
 
     n_folds: int = field(default=5, metadata={"help": "Number of cross-validation folds."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the fold assignment and the inner split."})

@@ -56,7 +56,7 @@ def load_models(model_dir: str | Path, device: str = "cpu") -> LoadedModels:
     """Load one fold model, or every ``fold_*`` model below a run folder.
 
     Raises:
-        FileNotFoundError: if the folder holds neither a model nor fold folders with models.
+        FileNotFoundError: if the folder contains neither a model nor fold folders with models.
     """
     model_dir = Path(model_dir)
     if (model_dir / "config.json").is_file():

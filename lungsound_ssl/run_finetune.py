@@ -79,7 +79,7 @@ def build_finetune_encoder(args: FinetuneArguments) -> AudioEncoder:
 
 
 def pretraining_provenance(model_name_or_path: str | None, table) -> dict:
-    """What the encoder was pretrained on, and whether that included this data folder's audio."""
+    """Describe the encoder's pretraining data and whether it included this data folder's audio."""
     if not model_name_or_path:
         return {"pretrain_dir": None, "pretrain_data": "none (trained from scratch)", "pretrain_saw_heldout": False}
     info_path = Path(model_name_or_path) / PRETRAINING_DATA_FILE
@@ -88,8 +88,8 @@ def pretraining_provenance(model_name_or_path: str | None, table) -> dict:
                 "pretrain_saw_heldout": None}
     info = json.loads(info_path.read_text())
     folders = info.get("folders", [])
-    here = str(Path(table.data_dir).resolve())
-    saw = any(f.get("data_dir") == here or f.get("fingerprint") == table.fingerprint for f in folders)
+    data_dir = str(Path(table.data_dir).resolve())
+    saw = any(f.get("data_dir") == data_dir or f.get("fingerprint") == table.fingerprint for f in folders)
     described = ", ".join(f"{f['data_dir']} ({f['n_clips']} clips, {f['data_format']})" for f in folders)
     return {"pretrain_dir": model_name_or_path, "pretrain_data": described, "pretrain_saw_heldout": saw}
 

@@ -28,7 +28,7 @@ __all__ = [
 
 @dataclass
 class DataConfig(CleaningConfig):
-    """Where the clips are and how they are read and cleaned."""
+    """Data folder, layout, resampling, cache and cleaning options."""
 
     data_dir: str | None = field(
         default=None,
