@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from lungsound_ssl.labels import LABELS  # noqa: E402
+from lungsound_ssl.labels import LABELS
 
 __all__ = ["LABELS", "__version__"]

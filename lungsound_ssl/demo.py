@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -28,9 +29,11 @@ from lungsound_ssl.data import DataConfig
 from lungsound_ssl.finetuning import FinetuneArguments
 from lungsound_ssl.folds import FoldConfig
 from lungsound_ssl.logs import setup_logging
+from lungsound_ssl.model_card import write_model_card
 from lungsound_ssl.pretraining import PretrainArguments
 from lungsound_ssl.run_finetune import run_finetuning
 from lungsound_ssl.run_pretrain import run_pretraining
+from lungsound_ssl.summary import summarize_run
 
 logger = logging.getLogger("lungsound_ssl.demo")
 
@@ -75,10 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     run_finetuning(*finetune_args)
 
     logger.info("step 3/3: cross-validation summary and model card")
-    from lungsound_ssl.model_card import write_model_card
-    from lungsound_ssl.summary import summarize_run
-    import json
-
     cv_results = summarize_run(finetune_dir, n_boot=args.n_boot)
     run_info_path = finetune_dir / "run_info.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}

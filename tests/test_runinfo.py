@@ -8,7 +8,7 @@ import importlib.metadata
 import json
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -135,7 +135,7 @@ def test_collect_config_and_seed():
 def test_collect_timestamp_is_utc_now():
     created = datetime.fromisoformat(collect_run_info()["created_utc"])
     assert created.utcoffset() == timedelta(0)
-    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=1)
+    assert abs(datetime.now(UTC) - created) < timedelta(minutes=1)
 
 
 def test_write_run_info_round_trip(tmp_path: Path):

@@ -16,9 +16,9 @@ from lungsound_ssl.data.report import build_report, log_report, write_report
 from lungsound_ssl.data.table import ClipTable, build_clip_table
 
 __all__ = [
+    "CleaningConfig",
     "ClipRecord",
     "ClipTable",
-    "CleaningConfig",
     "DataConfig",
     "build_report",
     "load_clips",

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
