@@ -144,12 +144,15 @@ def _clip_groups(table: ClipTable, indices: np.ndarray, column: str) -> list[str
     return [v if v else f"clip:{n}" for n, v in zip(names, values)]
 
 
-def _inferred_groups(table: ClipTable, indices: np.ndarray) -> list[str]:
-    from lungsound_ssl.groups import infer_groups
+def _inferred_groups(table: ClipTable, indices: np.ndarray, n_folds: int) -> list[str]:
+    from lungsound_ssl.groups import GroupInferenceConfig, infer_groups
 
     rows = table.dataset.select(indices)
     waveforms = [np.asarray(a, dtype=np.float32) for a in rows["audio"]]
-    return [str(g) for g in infer_groups(waveforms, table.sample_rate_hz, list(rows["source_sample_rate_hz"]))]
+    # No inferred group may be larger than one held-out fold, or the folds cannot be balanced.
+    config = GroupInferenceConfig(max_group_fraction=1.0 / n_folds)
+    groups = infer_groups(waveforms, table.sample_rate_hz, list(rows["source_sample_rate_hz"]), config)
+    return [str(g) for g in groups]
 
 
 def resolve_group_source(table: ClipTable, group_by: str) -> str:
@@ -190,7 +193,7 @@ def assign_folds(table: ClipTable, config: FoldConfig) -> FoldAssignment:
         splitter = StratifiedKFold(n_splits=config.n_folds, shuffle=True, random_state=config.split_seed)
         splits = splitter.split(np.zeros(len(filenames)), strata)
     else:
-        groups = _inferred_groups(table, indices) if source == "inferred" else _clip_groups(table, indices, source)
+        groups = _inferred_groups(table, indices, config.n_folds) if source == "inferred" else _clip_groups(table, indices, source)
         n_groups = len(set(groups))
         if n_groups < config.n_folds:
             raise ValueError(

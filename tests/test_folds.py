@@ -119,3 +119,17 @@ def test_clip_level_folds_warn(demo_table, caplog):
 def test_too_few_groups_rejected(demo_table):
     with pytest.raises(ValueError, match="lower --n_folds"):
         assign_folds(demo_table, FoldConfig(n_folds=11, group_by="patient_id"))
+
+
+def test_inferred_groups_used_without_ids(tmp_path):
+    from lungsound_ssl.data import DataConfig, load_clips
+
+    folder = write_synthetic_dataset(tmp_path / "data", SyntheticConfig(n_patients=8, clips_per_patient=5, seed=2))
+    (folder / "metadata.csv").unlink()  # no patient or recording ids left
+    table, _ = load_clips(DataConfig(data_dir=str(folder), cache_dir=str(tmp_path / "cache")))
+    assignment = assign_folds(table, FoldConfig(n_folds=4))
+    assert assignment.group_source == "inferred"
+    frame = assignment.to_frame()
+    assert frame["group_source"].unique().tolist() == ["inferred"]
+    assert frame.groupby("group")["fold"].nunique().max() == 1
+    assert frame["group"].str.startswith("inferred_").all()
