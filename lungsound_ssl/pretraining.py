@@ -314,12 +314,12 @@ class ContrastiveTrainer(Trainer):
         self.probe_labels = probe_labels
         self.probe_groups = probe_groups
         self.last_eval_step: int | None = None
-        self.last_eval_metrics: dict[str, float] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.n_gpu > 1:
             # torch.nn.DataParallel (several GPUs in one process) runs forward on a slice per GPU, so
             # the loss must run on the gathered outputs to see every slice's embeddings as negatives.
+            # NOTE: not yet run on a multi-GPU machine; `accelerate launch` (DDP) is the tested path.
             outputs = model(**inputs, return_loss=False)
             loss = self.accelerator.unwrap_model(model).loss_fn(outputs["z_a"], outputs["z_b"])
         else:
@@ -380,5 +380,4 @@ class ContrastiveTrainer(Trainer):
             self.args, self.state, self.control, metrics
         )
         self.last_eval_step = self.state.global_step
-        self.last_eval_metrics = metrics
         return metrics

@@ -10,6 +10,10 @@ Examples:
     accelerate launch pretrain/run.py --config configs/pretrain/ast-tiny.yaml \\
         --data_dir ../shared/data/icbhi-cycles --output_dir runs/pretrain --resume_from_checkpoint last
 
+On CPU, ``accelerate launch`` (1.16) starts each process with one thread
+unless OMP_NUM_THREADS is set. Measured on 2 busy cores, one thread trained
+about 3 times faster than two (BENCHMARKS.md, Pretraining).
+
 Without --data_dir the built-in synthetic demo set is used. Every option of
 the YAML file can be overridden on the command line; run with --help to list
 them. The output folder loads with ``AudioEncoder.from_pretrained`` and

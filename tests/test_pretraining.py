@@ -61,6 +61,18 @@ TINY_ENCODER = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's training on one thread, as ``accelerate launch`` runs a CPU process.
+
+    With two threads on two busy cores the tiny runs took 10 times longer (OpenMP waits).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pretraining")
