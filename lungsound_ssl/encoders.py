@@ -856,11 +856,26 @@ def _load_wav2vec2_backbone(config: EncoderConfig) -> tuple[Wav2Vec2Model, Encod
     return model, _check_pretrained_matches(config, _WAV2VEC2_SHAPE_FIELDS, checkpoint_config)
 
 
+def _init_ast_embeddings(backbone: ASTModel) -> None:
+    """Draw the CLS, distillation and position embeddings of a new AST from N(0, 0.02^2), truncated.
+
+    transformers 5.25 starts them at zero. With zero position embeddings every
+    patch of a frequency row looks alike to the first layer, and the first
+    gradient steps are large (norms of 1e3 to 1e4 before clipping). The 0.02
+    scale is the usual ViT/DeiT initialisation.
+    """
+    embeddings = backbone.embeddings
+    with torch.no_grad():
+        for parameter in (embeddings.cls_token, embeddings.distillation_token, embeddings.position_embeddings):
+            nn.init.trunc_normal_(parameter, std=0.02)
+
+
 def build_encoder(config: EncoderConfig) -> AudioEncoder:
     """Build the encoder and front-end that ``config`` describes, from scratch or from ``config.pretrained``."""
     if config.pretrained is None:
         if config.architecture == "ast":
             backbone: PreTrainedModel = ASTModel(_ast_backbone_config(config))
+            _init_ast_embeddings(backbone)
         else:
             backbone = Wav2Vec2Model(_wav2vec2_backbone_config(config))
         origin = "from scratch"

@@ -11,6 +11,7 @@ import soundfile
 from lungsound_ssl.data.recordings import crop_recordings, crop_starts_s
 from lungsound_ssl.data.records import (
     FILE_MISSING,
+    MISSING_LABEL,
     POOR_QUALITY,
     UNKNOWN_LABEL,
     UNREADABLE,
@@ -79,7 +80,7 @@ def test_crop_records_shared_attributes(tmp_path):
     crops = crop_recordings(records, crop_seconds=2.0, hop_seconds=1.0)
     assert [crop.clip_id for crop in crops] == [f"{path.name}@{ms}" for ms in (0, 1000, 2000)]
     assert crops[0].attributes == common
-    assert crops[0].exclusion is None
+    assert crops[0].exclusion == MISSING_LABEL
 
 
 def test_crop_single_clip_attributes_dropped(tmp_path):
@@ -88,7 +89,7 @@ def test_crop_single_clip_attributes_dropped(tmp_path):
     record = ClipRecord(f"{path.name}#1", path, 0.5, 1.0, None, UNKNOWN_LABEL, attributes)
     crops = crop_recordings([record], crop_seconds=2.0, hop_seconds=1.0)
     assert crops[0].attributes == {"patient_id": "41064945", "recording_id": path.stem}
-    assert {crop.exclusion for crop in crops} == {None}
+    assert {crop.exclusion for crop in crops} == {MISSING_LABEL}
 
 
 def test_crop_missing_and_unreadable_files(tmp_path):
@@ -148,4 +149,4 @@ def test_crop_real_sprsound_pretraining_off(sprsound_dir):
     crops = crop_recordings(records, crop_seconds=4.0, hop_seconds=2.0)
     poor_paths = {record.path for record in records if record.exclusion == POOR_QUALITY}
     assert not poor_paths & {crop.path for crop in crops}
-    assert {crop.exclusion for crop in crops} == {None}
+    assert {crop.exclusion for crop in crops} == {MISSING_LABEL}

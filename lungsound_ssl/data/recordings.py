@@ -20,6 +20,7 @@ import soundfile
 
 from lungsound_ssl.data.records import (
     FILE_MISSING,
+    MISSING_LABEL,
     POOR_QUALITY,
     UNREADABLE,
     ZERO_LENGTH,
@@ -166,8 +167,9 @@ def crop_recordings(
         attributes = _shared_attributes(records, path)
         # Crops carry no labels, so label problems of the clips do not apply to them.
         # Poor quality concerns the whole recording and stays visible in the report.
+        # A crop without labels is not usable for labelled training either way.
         is_poor_quality = bool(records) and all(r.exclusion == POOR_QUALITY for r in records)
-        exclusion = POOR_QUALITY if is_poor_quality else None
+        exclusion = POOR_QUALITY if is_poor_quality else MISSING_LABEL
 
         duration_s, problem = _duration_s(path, durations)
         if problem is None and duration_s <= 0:
