@@ -102,6 +102,14 @@ class PretrainArguments:
             "uniformity, contrastive top-1) at each evaluation; 0 disables it."
         },
     )
+    norm_stats_clips: int = field(
+        default=0,
+        metadata={
+            "help": "AST trained from scratch only: recompute the log-mel normalisation mean and std "
+            "on this many pretraining clips instead of the AudioSet values (0 keeps AudioSet's). "
+            "The statistics are saved with the encoder and reused by fine-tuning."
+        },
+    )
     probe_clips: int = field(
         default=600,
         metadata={

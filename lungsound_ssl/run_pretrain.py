@@ -74,6 +74,22 @@ class PretrainingFolder:
     clips: str  # "annotated clips", or how recordings were cut into crops
 
 
+def _recompute_norm_stats(encoder: AudioEncoder, dataset, args: PretrainArguments, seed: int) -> None:
+    """Replace AudioSet's log-mel statistics by those of a random sample of the pretraining clips."""
+    from lungsound_ssl.features import compute_normalization_stats
+
+    if encoder.config.architecture != "ast" or args.model_name_or_path:
+        raise ValueError(
+            "--norm_stats_clips applies to an AST trained from scratch only; a pretrained encoder keeps "
+            "the statistics its weights were trained with. Set --norm_stats_clips 0"
+        )
+    rng = np.random.default_rng(seed)
+    positions = rng.choice(len(dataset), size=min(args.norm_stats_clips, len(dataset)), replace=False)
+    mean, std = compute_normalization_stats(encoder.frontend, [dataset[int(p)]["audio"] for p in positions])
+    encoder.set_normalization_stats(mean, std)
+    logger.info("log-mel normalisation recomputed on %d clips: mean %.3f, std %.3f", len(positions), mean, std)
+
+
 def build_pretrain_encoder(args: PretrainArguments) -> AudioEncoder:
     """Build the encoder from ``--model_name_or_path`` or from the ``--encoder`` preset."""
     overrides = {} if args.clip_seconds is None else {"clip_seconds": args.clip_seconds}
@@ -234,6 +250,8 @@ def run_pretraining(
         )
 
     encoder = build_pretrain_encoder(args)
+    if args.norm_stats_clips > 0:
+        _recompute_norm_stats(encoder, dataset, args, training_args.seed)
     model = ContrastiveModel(encoder, args, augment)
     config = encoder.config
     collator = TwoViewCollator(

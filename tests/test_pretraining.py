@@ -421,3 +421,22 @@ def test_two_processes_equal_one(tmp_path, synthetic_dir, cache_dir, tiny_encode
     two_processes = AudioEncoder.from_pretrained(tmp_path / "two").state_dict()
     for name, value in single_process.items():
         torch.testing.assert_close(two_processes[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+def test_norm_stats_recomputed_and_saved(tmp_path, synthetic_dir, cache_dir, tiny_encoder_yaml, table):
+    from lungsound_ssl.features import AUDIOSET_MEAN, AUDIOSET_STD
+
+    output_dir = tmp_path / "norm"
+    args = run_args(synthetic_dir, output_dir, cache_dir, tiny_encoder_yaml, "--norm_stats_clips", "10000",
+                    "--max_steps", "1", "--save_steps", "1", "--eval_steps", "1")
+    assert main(args) == 0
+    loaded = AudioEncoder.from_pretrained(output_dir)
+    assert loaded.config.norm_mean != pytest.approx(AUDIOSET_MEAN)
+    assert loaded.config.norm_std != pytest.approx(AUDIOSET_STD)
+
+    # Every clip is sampled (10000 > the set), so the statistics equal a plain numpy pass over all of them.
+    raw = [loaded.frontend.log_mel(torch.from_numpy(table.audio(i))[None]).squeeze(0).numpy()
+           for i in table.pretrain_indices()]
+    values = np.concatenate([r.ravel() for r in raw])
+    assert loaded.config.norm_mean == pytest.approx(float(values.mean()), rel=1e-3)
+    assert loaded.config.norm_std == pytest.approx(float(values.std()), rel=1e-3)
