@@ -18,7 +18,7 @@ import sys
 from transformers import TrainingArguments
 
 from lungsound_ssl.augment import AugmentConfig
-from lungsound_ssl.config import parse_config
+from lungsound_ssl.config import parse_config, run_cli
 from lungsound_ssl.data import DataConfig
 from lungsound_ssl.finetuning import FinetuneArguments
 from lungsound_ssl.folds import FoldConfig
@@ -36,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -55,11 +55,13 @@ def parse_config(dataclass_types, args: list[str] | None = None):
     Raises:
         ValueError: if the YAML file or the command line names an unknown option.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    # allow_abbrev=False: argparse would otherwise take a typo such as --learning_rat as a prefix
+    # of --learning_rate, and unknown options must be an error.
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(args)
 
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file with option values; command-line options override it.")
     if known.config:
         values = load_yaml_config(known.config)
@@ -78,6 +80,21 @@ def parse_config(dataclass_types, args: list[str] | None = None):
     if remaining:
         raise ValueError(f"unknown command-line argument(s): {' '.join(remaining)}; run with --help")
     return tuple(instances)
+
+
+def run_cli(main, argv=None) -> int:
+    """Run an entry point's ``main(argv)``, turning input errors into one log line and exit status 2.
+
+    Errors that name a bad file or option (``ValueError``, ``FileNotFoundError``)
+    are the user's to fix, so a traceback would only bury the message.
+    """
+    import logging
+
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as error:
+        logging.getLogger("lungsound_ssl").error("%s", error)
+        return 2
 
 
 def config_to_dict(*instances) -> dict[str, Any]:

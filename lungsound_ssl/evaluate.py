@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungsound_ssl.config import run_cli
 from lungsound_ssl.data import DataConfig, load_clips
 from lungsound_ssl.data.report import write_report
 from lungsound_ssl.decoding import decode_predictions
@@ -82,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lungsound_ssl.audio import AudioDecodeError, decode_clip
 from lungsound_ssl.classifier import LungSoundClassifier
+from lungsound_ssl.config import run_cli
 from lungsound_ssl.decoding import decode_predictions
 from lungsound_ssl.inference import predict_probabilities
 from lungsound_ssl.labels import LABELS
@@ -100,6 +101,10 @@ def predict_files(models: LoadedModels, files: list[str | Path], batch_size: int
             chunk = [Path(f) for f in files[start : start + batch_size]]
             waves, decoded = [], []
             for path in chunk:
+                if not path.is_file():
+                    logger.warning("cannot predict %s: file not found", path)
+                    rows.append({"filename": str(path), "error": "file not found"})
+                    continue
                 try:
                     waves.append(decode_clip(path, SAMPLE_RATE_HZ).waveform)
                     decoded.append(path)
@@ -163,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -145,7 +145,11 @@ def train_fold(
     set_seed(training_args.seed)
     table, assignment = prepared.table, prepared.assignment
     fold_dir = Path(training_args.output_dir) / f"fold_{fold}"
-    fold_args = dataclasses.replace(training_args, output_dir=str(fold_dir))
+    # Pinned memory only helps copies to a GPU; on CPU the DataLoader warns about it every epoch.
+    fold_args = dataclasses.replace(
+        training_args, output_dir=str(fold_dir),
+        dataloader_pin_memory=training_args.dataloader_pin_memory and torch.cuda.is_available(),
+    )
     main_process = training_args.process_index == 0
 
     train_pos, val_pos, test_pos = assignment.split(fold, fold_config.inner_val_folds, fold_config.split_seed)

@@ -27,7 +27,7 @@ import sys
 from transformers import TrainingArguments
 
 from lungsound_ssl.augment import AugmentConfig
-from lungsound_ssl.config import parse_config
+from lungsound_ssl.config import parse_config, run_cli
 from lungsound_ssl.data import DataConfig
 from lungsound_ssl.logs import setup_logging
 from lungsound_ssl.pretraining import PretrainArguments
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

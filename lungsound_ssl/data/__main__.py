@@ -10,7 +10,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from lungsound_ssl.config import parse_config
+from lungsound_ssl.config import parse_config, run_cli
 from lungsound_ssl.data import DataConfig
 from lungsound_ssl.data.prepare import prepare_data
 from lungsound_ssl.folds import FoldConfig
@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
