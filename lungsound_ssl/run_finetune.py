@@ -259,6 +259,16 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _saved_architecture(model_name_or_path: str) -> str:
+    """Architecture named in a saved encoder's config, or ``"unknown"`` (e.g. for a Hub id)."""
+    for name in ("lungsound_encoder.json", "config.json"):
+        path = Path(model_name_or_path) / name
+        if path.is_file():
+            content = json.loads(path.read_text())
+            return content.get("encoder_config", {}).get("architecture") or content.get("model_type", "unknown")
+    return "unknown"
+
+
 def _write_run_info(output_dir, args, data_config, fold_config, augment, training_args, prepared, provenance):
     from lungsound_ssl.runinfo import collect_run_info
 
@@ -277,12 +287,12 @@ def _write_run_info(output_dir, args, data_config, fold_config, augment, trainin
         "data_report": {k: v for k, v in prepared.report.items() if k != "excluded"},
         "split_strategy": (
             "ICBHI 2017 official train/test split" if fold_config.split == "official"
-            else f"StratifiedGroupKFold, {fold_config.n_folds} folds, grouped by {prepared.assignment.group_source}, "
+            else f"StratifiedGroupKFold grouped by {prepared.assignment.group_source}, "
                  f"stratified on the four-class label, seed {fold_config.split_seed}"
         ),
         "group_source": prepared.assignment.group_source,
         "n_folds": len(prepared.assignment.fold_ids),
-        "encoder_type": encoder_config.architecture if encoder_config else "from " + str(args.model_name_or_path),
+        "encoder_type": encoder_config.architecture if encoder_config else _saved_architecture(args.model_name_or_path),
         "base_model": args.model_name_or_path,
         "command": " ".join(["accelerate launch finetune/run.py", *sys.argv[1:]]),
         "package_version": __version__,
