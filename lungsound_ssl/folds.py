@@ -234,6 +234,14 @@ def _log_folds(assignment: FoldAssignment) -> None:
         "%d folds grouped by %s (%d groups):\n%s",
         len(np.unique(assignment.folds)), assignment.group_source, len(set(assignment.groups)), counts.to_string(),
     )
+    # A fold without any clip of a class cannot score that class (AUROC and sensitivity are undefined).
+    for fold, row in counts.iterrows():
+        missing = [label for label in counts.columns if row[label] == 0]
+        if missing:
+            logger.warning(
+                "fold %s has no clip labelled %s; its metrics for that class will be undefined "
+                "(fewer folds or more data help)", fold, ", ".join(missing),
+            )
 
 
 def read_folds_csv(path: str | Path, table: ClipTable) -> FoldAssignment:

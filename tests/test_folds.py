@@ -133,3 +133,14 @@ def test_inferred_groups_used_without_ids(tmp_path):
     assert frame["group_source"].unique().tolist() == ["inferred"]
     assert frame.groupby("group")["fold"].nunique().max() == 1
     assert frame["group"].str.startswith("inferred_").all()
+
+
+def test_fold_missing_class_warns(demo_table, caplog):
+    with caplog.at_level(logging.WARNING, logger="lungsound_ssl.folds"):
+        assignment = assign_folds(demo_table, FoldConfig(n_folds=10, group_by="patient_id"))
+    frame = assignment.to_frame().assign(label=assignment.strata)
+    classes = set(frame["label"])
+    lacking = [fold for fold, rows in frame.groupby("fold") if set(rows["label"]) != classes]
+    assert lacking, "with 10 folds of one patient each, some fold should lack a class"
+    for fold in lacking:
+        assert f"fold {fold} has no clip labelled" in caplog.text
