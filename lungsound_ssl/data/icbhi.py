@@ -32,7 +32,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lungsound_ssl.data.records import FILE_MISSING, MISSING_LABEL, ClipRecord
+from lungsound_ssl.data.records import FILE_MISSING, MISSING_LABEL, ClipRecord, files_by_stem
 
 logger = logging.getLogger(__name__)
 
@@ -182,18 +182,6 @@ def find_challenge_file(data_dir: Path, name: str) -> Path | None:
     return None
 
 
-def _files_by_stem(paths: list[Path], kind: str) -> dict[str, Path]:
-    by_stem: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in by_stem:
-            raise ValueError(
-                f"two {kind} files for recording {path.stem}: {by_stem[path.stem]} and {path}; "
-                "keep one of them"
-            )
-        by_stem[path.stem] = path
-    return by_stem
-
-
 def find_icbhi_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """Find annotation and audio files named like ICBHI recordings anywhere under ``data_dir``.
 
@@ -213,7 +201,7 @@ def find_icbhi_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, P
         if parse_icbhi_name(path.stem) is None:
             continue
         (annotation_paths if suffix == ".txt" else audio_paths).append(path)
-    return _files_by_stem(annotation_paths, "annotation"), _files_by_stem(audio_paths, "audio")
+    return files_by_stem(annotation_paths, "annotation"), files_by_stem(audio_paths, "audio")
 
 
 def _official_split(

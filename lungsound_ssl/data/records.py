@@ -62,3 +62,21 @@ class ClipRecord:
     labels: tuple[int, int, int] | None = None
     exclusion: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+def files_by_stem(paths: list[Path], kind: str) -> dict[str, Path]:
+    """Map each file's stem (the recording name) to its path.
+
+    Raises:
+        ValueError: if two files share a stem, naming both, because the
+            recording they belong to would be ambiguous.
+    """
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in by_stem:
+            raise ValueError(
+                f"two {kind} files for recording {path.stem}: {by_stem[path.stem]} and {path}; "
+                "keep one of them"
+            )
+        by_stem[path.stem] = path
+    return by_stem

@@ -44,6 +44,7 @@ from lungsound_ssl.data.records import (
     POOR_QUALITY,
     UNKNOWN_LABEL,
     ClipRecord,
+    files_by_stem,
 )
 
 logger = logging.getLogger(__name__)
@@ -209,18 +210,6 @@ def _is_annotation_file(path: Path) -> bool:
     return isinstance(content, dict) and any(key in content for key in RECORD_ANNOTATION_KEYS)
 
 
-def _unique_by_stem(paths: list[Path], kind: str) -> dict[str, Path]:
-    by_stem: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in by_stem:
-            raise ValueError(
-                f"two {kind} files for recording {path.stem}: {by_stem[path.stem]} and {path}; "
-                "keep one of them"
-            )
-        by_stem[path.stem] = path
-    return by_stem
-
-
 def find_sprsound_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """Find SPRSound annotation and audio files anywhere under ``data_dir``, matched by stem.
 
@@ -244,7 +233,7 @@ def find_sprsound_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str
         elif suffix == ".wav" and path.is_file():
             wav_paths.append(path)
 
-    recordings = _unique_by_stem(wav_paths, "audio")
+    recordings = files_by_stem(wav_paths, "audio")
     annotation_paths = []
     for path in json_paths:
         if path.stem in recordings or _is_annotation_file(path):
@@ -253,7 +242,7 @@ def find_sprsound_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str
             logger.info(
                 "ignoring %s: not an SPRSound annotation and no .wav of the same name", path
             )
-    return _unique_by_stem(annotation_paths, "annotation"), recordings
+    return files_by_stem(annotation_paths, "annotation"), recordings
 
 
 def read_sprsound(data_dir: str | Path, options: SPRSoundOptions | None = None) -> list[ClipRecord]:
