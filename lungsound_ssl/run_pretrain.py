@@ -28,13 +28,11 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from lungsound_ssl.augment import AugmentConfig
 from lungsound_ssl.config import config_to_dict
-from lungsound_ssl.data import DataConfig, build_report, load_clips
+from lungsound_ssl.data import DataConfig, load_clips, table_from_records
 from lungsound_ssl.data.formats import read_records
 from lungsound_ssl.data.prepare import prepare_data
 from lungsound_ssl.data.recordings import crop_recordings
-from lungsound_ssl.data.records import MISSING_LABEL
-from lungsound_ssl.data.report import log_report
-from lungsound_ssl.data.table import ClipTable, build_clip_table
+from lungsound_ssl.data.table import ClipTable
 from lungsound_ssl.encoders import AudioEncoder, build_encoder, load_encoder_config
 from lungsound_ssl.pretraining import (
     ClipAudioDataset,
@@ -114,23 +112,7 @@ def load_recording_crops(
         data_dir, data_config.data_format, data_config.sprsound_options()
     )
     crops = crop_recordings(records, crop_seconds, hop_seconds)
-    # Crops have no labels. Marking them keeps the cleaning report from counting them as
-    # labelled training clips, and does not affect pretraining, which ignores label exclusions.
-    crops = [
-        c if c.exclusion is not None else dataclasses.replace(c, exclusion=MISSING_LABEL)
-        for c in crops
-    ]
-    table, disagreements = build_clip_table(
-        crops,
-        data_dir=data_dir,
-        data_format=data_format,
-        sample_rate_hz=data_config.sample_rate_hz,
-        cleaning=data_config.cleaning(),
-        cache_dir=data_config.cache_dir,
-    )
-    report = build_report(table, disagreements)
-    log_report(report)
-    return table, report
+    return table_from_records(crops, data_dir, data_format, data_config)
 
 
 def load_extra_folders(args: PretrainArguments, data_config: DataConfig) -> list[PretrainingFolder]:

@@ -22,6 +22,7 @@ __all__ = [
     "DataConfig",
     "build_report",
     "load_clips",
+    "table_from_records",
     "write_report",
 ]
 
@@ -97,6 +98,13 @@ def load_clips(config: DataConfig) -> tuple[ClipTable, dict]:
         raise FileNotFoundError(f"data folder not found: {data_dir}; pass an existing folder to --data_dir")
 
     data_format, records = read_records(data_dir, config.data_format, config.sprsound_options())
+    return table_from_records(records, data_dir, data_format, config)
+
+
+def table_from_records(
+    records: list[ClipRecord], data_dir: str | Path, data_format: str, config: DataConfig
+) -> tuple[ClipTable, dict]:
+    """Decode, clean and cache listed clips, then build and log their cleaning report."""
     table, disagreements = build_clip_table(
         records,
         data_dir=data_dir,

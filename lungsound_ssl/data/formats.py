@@ -14,14 +14,17 @@ Layouts:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from itertools import islice
 from pathlib import Path
 
 from lungsound_ssl.data.icbhi import ICBHI_NAME_FORMAT, find_icbhi_files, read_icbhi
 from lungsound_ssl.data.records import ClipRecord
-from lungsound_ssl.data.sprsound import RECORD_ANNOTATION_KEYS, SPRSoundOptions, read_sprsound
+from lungsound_ssl.data.sprsound import (
+    SPRSoundOptions,
+    is_sprsound_annotation,
+    read_sprsound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +66,9 @@ def _is_icbhi(data_dir: Path) -> bool:
     return bool(annotations)
 
 
-def _has_record_annotation(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8-sig") as file:
-            content = json.load(file)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(content, dict) and any(key in content for key in RECORD_ANNOTATION_KEYS)
-
-
 def _is_sprsound(data_dir: Path) -> bool:
     json_paths = (path for path in sorted(data_dir.rglob("*.json")) if path.is_file())
-    return any(_has_record_annotation(path) for path in islice(json_paths, _MAX_JSON_PROBES))
+    return any(is_sprsound_annotation(path) for path in islice(json_paths, _MAX_JSON_PROBES))
 
 
 _DETECTORS = {"takehome": _is_takehome, "icbhi": _is_icbhi, "sprsound": _is_sprsound}

@@ -200,7 +200,7 @@ def _event_times_s(event: dict[str, Any], where: str) -> tuple[float, float]:
     return start_ms / 1000.0, end_ms / 1000.0
 
 
-def _is_annotation_file(path: Path) -> bool:
+def is_sprsound_annotation(path: Path) -> bool:
     """Return True when a JSON file parses and has an SPRSound record key."""
     try:
         with path.open(encoding="utf-8-sig") as file:
@@ -236,7 +236,7 @@ def find_sprsound_files(data_dir: str | Path) -> tuple[dict[str, Path], dict[str
     recordings = files_by_stem(wav_paths, "audio")
     annotation_paths = []
     for path in json_paths:
-        if path.stem in recordings or _is_annotation_file(path):
+        if path.stem in recordings or is_sprsound_annotation(path):
             annotation_paths.append(path)
         else:
             logger.info(
