@@ -116,7 +116,7 @@ class FoldAssignment:
         """Positions (into ``filenames``) of the training, inner validation and held-out clips.
 
         The inner validation clips are whole groups taken from the training
-        folds only, so model selection never sees fold ``fold``.
+        folds only, so model selection never uses fold ``fold``.
         """
         if fold not in self.fold_ids:
             raise ValueError(f"fold {fold} does not exist; choose one of {self.fold_ids}")

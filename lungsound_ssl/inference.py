@@ -19,9 +19,9 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Return per-label probabilities of N 16 kHz clips as an (N, L) array.
 
-    Each clip is cut as the encoder is configured for evaluation (a centre
+    Each clip is cut as the encoder is configured for evaluation: a centre
     crop, or sliding windows whose sigmoid probabilities are averaged per
-    clip); ``eval_crop`` overrides the mode. ``progress`` is an optional
+    clip. ``eval_crop`` overrides the mode. ``progress`` is an optional
     callable taking the number of clips just finished (e.g. ``tqdm.update``).
     """
     model.eval()

@@ -457,7 +457,7 @@ def write_model_card(
     run_info = dict(run_info or {})
     if run_info.get("n_folds") not in (None, cv_results["n_folds"]):
         logger.warning(
-            "run_info says %s folds but %d fold folders were summarised; the card reports the folders",
+            "run_info.json lists %s folds but %d fold folders were summarised; the card reports the folders",
             run_info["n_folds"],
             cv_results["n_folds"],
         )

@@ -5,8 +5,8 @@ Examples:
     python -m lungsound_ssl.predict --model runs/finetune recordings/ --output predictions.csv
 
 ``--model`` is one fold folder, or a fine-tuning output folder whose
-``fold_*`` models are averaged (mean probability; the decision thresholds are
-the mean of the folds' thresholds). Files that fail to decode are reported in
+``fold_*`` models are averaged by mean probability. The decision thresholds
+are then the mean of the folds' thresholds. Files that fail to decode are reported in
 the output with their error and do not stop the batch.
 """
 

@@ -1,7 +1,7 @@
 """Shared fixtures: paths to the real lung-sound data and small generated sets.
 
 Real-data tests use ``../shared/data`` beside the repository. On a user's fresh
-clone without it they skip with a reason; with ``CI=true`` a missing folder is
+clone without it they skip with a reason. With ``CI=true`` a missing folder is
 a failure, so CI can never pass by skipping them.
 """
 

@@ -194,7 +194,8 @@ def _locked_versions() -> dict[str, list[Version]]:
             continue
         requirement = Requirement(line)
         specifiers = list(requirement.specifier)
-        assert len(specifiers) == 1 and specifiers[0].operator == "==", line
+        assert len(specifiers) == 1, line
+        assert specifiers[0].operator == "==", line
         versions.setdefault(canonicalize_name(requirement.name), []).append(
             Version(specifiers[0].version)
         )

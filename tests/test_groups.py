@@ -113,7 +113,7 @@ def test_infer_groups_empty_input():
 
 def test_max_group_fraction_splits_large_group():
     rng = np.random.default_rng(2)
-    # Three recordings made with one setup cannot be told apart and merge.
+    # Three recordings made with one setup are indistinguishable, so they merge.
     waveforms = [_generated_clip(rng, 4000, -50.0, "lowpass", 500.0) for _ in range(30)]
     source_rates = [4000] * 30
 

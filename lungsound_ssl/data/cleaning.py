@@ -2,7 +2,7 @@
 
 The rules run on facts that ``lungsound_ssl.audio.decode_clip`` measures on
 the source samples. A clip that fails a rule is excluded from labelled
-training with that reason; only the reasons in ``records.AUDIO_REASONS`` also
+training with that reason. Only the reasons in ``records.AUDIO_REASONS`` also
 keep its audio out of self-supervised pretraining.
 """
 

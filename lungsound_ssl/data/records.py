@@ -1,4 +1,4 @@
-"""What a dataset reader returns: one ``ClipRecord`` per clip, before decoding.
+"""Reader output: one ``ClipRecord`` per clip, before decoding.
 
 Every supported layout (the take-home folder, ICBHI 2017 recordings, SPRSound
 recordings) is turned into a list of ``ClipRecord`` by its reader. Decoding,

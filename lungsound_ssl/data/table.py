@@ -127,7 +127,7 @@ class ClipTable:
         return np.stack([np.asarray(rows[name], dtype=np.int64) for name in LABELS], axis=1)
 
     def audio(self, index: int) -> np.ndarray:
-        """The (S,) float32 waveform of one clip at ``sample_rate_hz``."""
+        """Return the (S,) float32 waveform of one clip at ``sample_rate_hz``."""
         # The NumPy-formatted view reads the Arrow buffer directly; the default
         # format builds a Python list of floats first, about 16 times slower.
         if self._audio_view is None:
